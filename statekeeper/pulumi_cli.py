@@ -105,6 +105,11 @@ class Pulumi:
         env["PULUMI_BACKEND_URL"] = self.backend_url
         env["PULUMI_SKIP_UPDATE_CHECK"] = "true"
         env.setdefault("PULUMI_DIY_BACKEND_PARALLEL", "16")
+        # S3-compatible stores (MinIO, R2, moto) often return no checksums;
+        # the AWS SDK then warns on every read.  Checksums stay on where
+        # the service requires them.
+        env.setdefault("AWS_RESPONSE_CHECKSUM_VALIDATION", "when_required")
+        env.setdefault("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required")
         # The CLI reads AWS_REGION; keep it in step with the settings.
         env["AWS_REGION"] = self.settings.region
         env.setdefault("AWS_DEFAULT_REGION", self.settings.region)

@@ -48,12 +48,19 @@ class MotoServer:
             f"{self.endpoint}/moto-api/reset", method="POST")
         urllib.request.urlopen(request, timeout=10).close()
 
-    def enforce_iam(self) -> None:
-        """From the next request on, check callers' IAM policies."""
+    def enforce_iam(self, after: int = 0) -> None:
+        """Check callers' IAM policies once ``after`` more requests have
+        passed unchecked."""
         request = urllib.request.Request(
-            f"{self.endpoint}/moto-api/reset-auth", data=b"0",
-            method="POST")
+            f"{self.endpoint}/moto-api/reset-auth",
+            data=str(after).encode(), method="POST",
+            # moto reads the raw body: a form content type would empty it.
+            headers={"Content-Type": "text/plain"})
         urllib.request.urlopen(request, timeout=10).close()
+
+    def relax_iam(self) -> None:
+        """Stop checking IAM policies (moto's default)."""
+        self.enforce_iam(after=10**9)
 
     def stop(self) -> None:
         self.process.terminate()
@@ -143,6 +150,8 @@ def base_env(home: Path) -> dict[str, str]:
         "PULUMI_HOME": str(home / ".pulumi"),
         "PULUMI_SKIP_UPDATE_CHECK": "true",
         "STATEKEEPER_SANDBOX_DIR": str(home / "no-sandbox"),
+        # Never ask an instance metadata service (not 127.0.0.1) for keys.
+        "AWS_EC2_METADATA_DISABLED": "true",
     }
 
 
