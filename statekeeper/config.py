@@ -44,6 +44,8 @@ VARIABLES: dict[str, str] = {
     "PULUMI_CONFIG_PASSPHRASE": "passphrase of the passphrase provider",
     "PULUMI_CONFIG_PASSPHRASE_FILE": "file holding that passphrase",
     "PULUMI_SECRETS_PROVIDER": "passphrase (default) or awskms://...",
+    "SOURCE_PULUMI_CONFIG_PASSPHRASE": "inv migrate: the source's passphrase",
+    "SOURCE_PULUMI_CONFIG_PASSPHRASE_FILE": "inv migrate: file holding it",
     "PULUMI_STACKS": "comma-separated stacks to create (default staging)",
     "PULUMI_PROJECT_DIR": "Pulumi project directory (default stacks/)",
     "BACKUP_DEST": "where inv backup writes: s3://bucket/prefix or a path",

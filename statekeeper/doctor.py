@@ -113,6 +113,36 @@ class Doctor:
 
         return check
 
+    def locks(self) -> str:
+        from statekeeper import locks
+
+        with aws.translated(self.settings, "listing lock objects"):
+            stale = locks.stale_locks(self.settings)
+        if stale:
+            first = stale[0]
+            raise Failed(
+                f"{len(stale)} stale lock(s), first on stack {first.stack} "
+                f"by {first.username}@{first.hostname} (process "
+                f"{first.process})",
+                f"run '{first.fix}'",
+            )
+        return "no stale locks"
+
+    def pending_operations(self) -> str:
+        from statekeeper import locks
+
+        with aws.translated(self.settings, "reading checkpoints"):
+            pending = locks.stacks_with_pending_operations(self.settings)
+        if pending:
+            first = pending[0]
+            raise Failed(
+                f"stack {first.project}/{first.stack} has "
+                f"{len(first.operations)} interrupted operation(s): "
+                + "; ".join(first.operations[:3]),
+                first.fix,
+            )
+        return "no interrupted updates"
+
     def plan(self) -> list[tuple[str, Callable[[], str], tuple[str, ...]]]:
         """(name, check, names it depends on), in order."""
         checks: list[tuple[str, Callable[[], str], tuple[str, ...]]] = [
@@ -121,6 +151,8 @@ class Doctor:
             ("bucket", self.bucket, ("credentials",)),
             ("pulumi CLI", self.cli, ()),
             ("secrets provider", self.secrets, ()),
+            ("locks", self.locks, ("bucket",)),
+            ("pending operations", self.pending_operations, ("bucket",)),
         ]
         for name in self.settings.stacks:
             checks.append((f"stack {name}", self.stack(name),

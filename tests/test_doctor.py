@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 from conftest import FIXTURES
@@ -34,7 +35,8 @@ def test_doctor_passes_after_bootstrap(ready):
     found = checks(done)
     assert all(c["ok"] for c in found.values())
     assert set(found) == {"backend URL", "credentials", "bucket",
-                          "pulumi CLI", "secrets provider", "stack staging"}
+                          "pulumi CLI", "secrets provider", "locks",
+                          "pending operations", "stack staging"}
     assert found["pulumi CLI"]["detail"] == "pulumi v3.260.0"
     text = ready.inv("doctor")
     assert text.returncode == 0
@@ -48,7 +50,7 @@ def test_wrong_stack_name_gets_the_closest_names(ready):
     line = [ln for ln in done.stdout.splitlines() if "stack stg" in ln][0]
     assert "stack 'stg' does not exist" in line
     assert "did you mean 'staging'?" in done.stdout
-    assert "1 of 6 checks failed (first: stack stg)" in done.stderr
+    assert "1 of 8 checks failed (first: stack stg)" in done.stderr
 
 
 def test_missing_backend_url(ready):
@@ -117,3 +119,44 @@ def test_unreachable_endpoint(ready):
     assert done.returncode == 1
     check = checks(done)["credentials"]
     assert check["detail"].startswith("cannot reach http://127.0.0.1:")
+
+
+def test_stale_lock_is_reported_with_the_command_that_clears_it(ready, s3):
+    from datetime import timedelta
+
+    from test_locks import dead_pid, write_lock
+
+    write_lock(s3, pid=dead_pid(), hostname=__import__("socket")
+               .gethostname(), age=timedelta(minutes=1))
+
+    done = ready.inv("doctor", "--json")
+
+    assert done.returncode == 1
+    check = checks(done)["locks"]
+    assert "1 stale lock(s), first on stack staging" in check["detail"]
+    assert "process gone" in check["detail"]
+    assert check["fix"] == ("run 'inv locks.clear --stack staging "
+                            "--project-name yaml-app'")
+
+
+def test_interrupted_update_is_reported(ready, s3):
+    project = Path(ready.env["PULUMI_PROJECT_DIR"])
+    ready.pulumi("config", "set", "--secret", "--stack", "staging",
+                 "apiToken", "tok-123", cwd=project)
+    ready.pulumi("up", "--yes", "--stack", "staging", cwd=project)
+    key = ".pulumi/stacks/yaml-app/staging.json"
+    doc = json.loads(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+    root = doc["checkpoint"]["latest"]["resources"][0]
+    doc["checkpoint"]["latest"]["pending_operations"] = [
+        {"resource": root, "type": "creating"}]
+    s3.put_object(Bucket=BUCKET, Key=key, Body=json.dumps(doc))
+
+    done = ready.inv("doctor", "--json")
+
+    assert done.returncode == 1
+    check = checks(done)["pending operations"]
+    assert check["detail"] == (
+        "stack yaml-app/staging has 1 interrupted operation(s): "
+        f"creating {root['urn']}")
+    assert "pulumi refresh --stack staging --clear-pending-creates" in (
+        check["fix"])
