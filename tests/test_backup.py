@@ -1,0 +1,326 @@
+"""``inv backup``, ``inv backup.list`` and ``inv backup.verify`` through the
+real command line, against the moto server over HTTP.
+
+Covers incremental snapshots, verify catching damage, SIGKILL at several
+points, a throttling server, overlapping runs and a cron-like environment.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from backup_support import (
+    BACKUP_BUCKET,
+    SlowDownProxy,
+    backup_env,
+    make_bucket,
+    seed,
+    snapshots,
+)
+from conftest import REPO, VENV_BIN, assert_clean_failure
+
+SUMMARY = re.compile(
+    r"^backup (\S+): (\d+) objects, .* \((\d+) copied, .*\), [\d.]+ s, ",
+    re.MULTILINE)
+
+
+@pytest.fixture
+def state(ws, s3):
+    """A versioned state bucket with meta.yaml, a checkpoint, history
+    files and a lock object (no Pulumi CLI needed for these tests)."""
+    bucket = ws.env["STATE_BUCKET"]
+    make_bucket(s3, bucket)
+    s3.put_object(Bucket=bucket, Key=".pulumi/meta.yaml",
+                  Body=b"version: 1\n")
+    s3.put_object(
+        Bucket=bucket, Key=".pulumi/stacks/app/staging.json",
+        Body=json.dumps({"version": 3, "checkpoint": {
+            "stack": "organization/app/staging",
+            "latest": {"resources": []}}}).encode())
+    seed(s3, bucket, 40)
+    backup_env(ws, s3)
+    return bucket
+
+
+def summary(done: subprocess.CompletedProcess) -> tuple[str, int, int]:
+    assert done.returncode == 0, done.stdout + done.stderr
+    match = SUMMARY.search(done.stdout)
+    assert match, done.stdout
+    return match.group(1), int(match.group(2)), int(match.group(3))
+
+
+def data_keys(s3, snapshot: str) -> list[str]:
+    listing = s3.list_objects_v2(Bucket=BACKUP_BUCKET,
+                                 Prefix=f"nightly/data/{snapshot}/")
+    return [item["Key"] for item in listing.get("Contents", [])]
+
+
+def test_backup_copies_everything_then_only_changes(ws, s3, state):
+    first = ws.inv("backup")
+    snap1, objects, copied = summary(first)
+    # meta.yaml, the checkpoint and 40 history files; never the lock.
+    assert (objects, copied) == (42, 42)
+    assert ws.env["PULUMI_CONFIG_PASSPHRASE"] not in first.stdout + \
+        first.stderr
+
+    second = ws.inv("backup")
+    snap2, objects, copied = summary(second)
+    assert (objects, copied) == (42, 0)
+    assert data_keys(s3, snap2) == []
+
+    s3.put_object(Bucket=state, Key=".pulumi/stacks/app/staging.json",
+                  Body=b'{"version": 3, "checkpoint": {"stack": "x"}}')
+    s3.put_object(Bucket=state, Key=".pulumi/history/app/staging/new.json",
+                  Body=b"{}")
+    snap3, objects, copied = summary(ws.inv("backup"))
+    assert (objects, copied) == (43, 2)
+
+    rows = snapshots(ws)
+    assert [r["id"] for r in rows] == [snap1, snap2, snap3]
+    assert all(r["complete"] for r in rows)
+    assert [r["objects"] for r in rows] == [42, 42, 43]
+    table = ws.inv("backup.list")
+    assert table.returncode == 0
+    assert "3 snapshot(s)" in table.stdout and snap2 in table.stdout
+
+    verified = ws.inv("backup.verify", "latest")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert f"verify {snap3}: OK, 43 objects checked" in verified.stdout
+
+
+def test_backup_to_a_local_directory(ws, s3, state, tmp_path):
+    target = tmp_path / "backups"
+    first = ws.inv("backup", "--to", str(target))
+    snap1, objects, copied = summary(first)
+    assert (objects, copied) == (42, 42)
+    assert (target / "snapshots" / snap1 / "manifest.jsonl").is_file()
+    restored = target / "data" / snap1 / "meta.yaml"
+    assert restored.read_bytes() == b"version: 1\n"
+    assert not list(target.rglob("*.tmp"))
+
+    _, _, copied = summary(ws.inv("backup", "--to", str(target)))
+    assert copied == 0
+    done = ws.inv("backup.verify", "latest", "--source", str(target))
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_verify_catches_a_changed_byte_a_missing_object_and_no_manifest(
+        ws, s3, state):
+    snap, _, _ = summary(ws.inv("backup"))
+    assert ws.inv("backup.verify", snap).returncode == 0
+
+    key = f"nightly/data/{snap}/meta.yaml"
+    s3.put_object(Bucket=BACKUP_BUCKET, Key=key, Body=b"version: 2\n")
+    changed = ws.inv("backup.verify", snap)
+    assert changed.returncode == 1
+    assert re.search(r"changed\s+meta\.yaml", changed.stdout)
+    assert "1 problem(s)" in changed.stdout
+
+    s3.put_object(Bucket=BACKUP_BUCKET, Key=key, Body=b"version: 1\n")
+    s3.delete_object(Bucket=BACKUP_BUCKET,
+                     Key=f"nightly/data/{snap}/stacks/app/staging.json")
+    missing = ws.inv("backup.verify", snap)
+    assert missing.returncode == 1
+    assert re.search(r"missing\s+stacks/app/staging\.json", missing.stdout)
+
+    s3.delete_object(Bucket=BACKUP_BUCKET,
+                     Key=f"nightly/snapshots/{snap}/manifest.jsonl")
+    no_manifest = ws.inv("backup.verify", snap)
+    assert_clean_failure(no_manifest, snap, "no manifest")
+    assert [r["complete"] for r in snapshots(ws)] == [False]
+    # An incomplete snapshot is never the base of the next one.
+    _, _, copied = summary(ws.inv("backup"))
+    assert copied == 42
+
+
+def test_verify_of_an_unknown_snapshot_names_the_fix(ws, s3, state):
+    snap, _, _ = summary(ws.inv("backup"))
+    done = ws.inv("backup.verify", snap[:-1] + "x")
+    assert_clean_failure(done, "is not at", snap)
+
+
+def test_backup_without_a_destination_fails_cleanly(ws, s3, state):
+    del ws.env["BACKUP_DEST"]
+    assert_clean_failure(ws.inv("backup"), "BACKUP_DEST is unset")
+    assert_clean_failure(ws.inv("backup", "--to", "s3://No_Such/x"),
+                         "not a valid S3 bucket name")
+    assert_clean_failure(ws.inv("backup", "--to", "s3://missing-bucket/x"),
+                         "backup bucket 'missing-bucket' does not exist")
+
+
+def _started(s3, snapshot_count: int) -> bool:
+    listing = s3.list_objects_v2(Bucket=BACKUP_BUCKET,
+                                 Prefix="nightly/snapshots/")
+    return len(listing.get("Contents", [])) > snapshot_count
+
+
+def _data_count(s3) -> int:
+    listing = s3.list_objects_v2(Bucket=BACKUP_BUCKET, Prefix="nightly/data/")
+    return listing.get("KeyCount", 0)
+
+
+def test_sigkill_at_any_point_leaves_no_complete_snapshot(ws, s3, state):
+    seed(s3, state, 300, prefix=".pulumi/history/more/s")
+    command = [str(VENV_BIN / "inv"), "--search-root", str(ws.root),
+               "backup", "--threads", "1"]
+    # Kill points: at once, once the run has announced its snapshot, and
+    # in the middle of copying.
+    waits = [
+        lambda: time.sleep(0.2) or True,
+        lambda: _started(s3, 0),
+        lambda: _data_count(s3) >= 60,
+    ]
+    for until in waits:
+        run = subprocess.Popen(command, env=ws.env, cwd=ws.root,
+                               stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while not until() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert run.poll() is None, "the backup ended before the kill"
+        run.send_signal(signal.SIGKILL)
+        run.wait()
+        run.stdout.close()
+        run.stderr.close()
+        assert not any(r["complete"] for r in snapshots(ws))
+
+    done = ws.inv("backup")
+    snap, objects, _ = summary(done)
+    assert objects == 342
+    rows = snapshots(ws)
+    assert [r["id"] for r in rows if r["complete"]] == [snap]
+    # The dead runs' leftovers are pruned once a complete snapshot exists.
+    assert all(r["complete"] for r in rows)
+    assert ws.inv("backup.verify", snap).returncode == 0
+
+
+def test_throttling_is_retried(ws, s3, state, moto):
+    with SlowDownProxy(moto.endpoint, failures=6) as proxy:
+        env = dict(ws.env, AWS_ENDPOINT_URL=proxy.endpoint)
+        done = ws.inv("backup", env=env)
+        assert proxy.refused == 6 and proxy.passed > 40
+    snap, objects, copied = summary(done)
+    assert (objects, copied) == (42, 42)
+    assert ws.inv("backup.verify", snap).returncode == 0
+
+
+def test_overlapping_runs_never_corrupt_a_snapshot(ws, s3, state):
+    seed(s3, state, 200, prefix=".pulumi/history/more/s")
+    command = [str(VENV_BIN / "inv"), "--search-root", str(ws.root),
+               "backup", "--threads", "2"]
+    runs = [subprocess.Popen(command, env=ws.env, cwd=ws.root, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            for _ in range(2)]
+    results = [(r.wait(timeout=300), *r.communicate()) for r in runs]
+    codes = sorted(code for code, _, _ in results)
+    assert codes in ([0, 0], [0, 75]), results
+    for code, out, err in results:
+        if code == 75:
+            assert "another backup to" in err and "Traceback" not in err
+            assert out == ""
+    complete = [r["id"] for r in snapshots(ws) if r["complete"]]
+    assert complete
+    for snap in complete:
+        assert ws.inv("backup.verify", snap).returncode == 0
+
+
+def test_waiting_run_queues_behind_the_running_one(ws, s3, state):
+    command = [str(VENV_BIN / "inv"), "--search-root", str(ws.root),
+               "backup", "--threads", "1", "--wait", "120"]
+    seed(s3, state, 150, prefix=".pulumi/history/more/s")
+    runs = [subprocess.Popen(command, env=ws.env, cwd=ws.root, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            for _ in range(2)]
+    results = [(r.wait(timeout=300), *r.communicate()) for r in runs]
+    assert [code for code, _, _ in results] == [0, 0], results
+    rows = snapshots(ws)
+    assert len(rows) == 2 and all(r["complete"] for r in rows)
+
+
+def test_cron_wrapper_runs_with_an_empty_environment_from_root(
+        ws, s3, state, tmp_path):
+    (ws.root / "scripts").mkdir()
+    shutil.copy(REPO / "scripts" / "backup-cron.sh",
+                ws.root / "scripts" / "backup-cron.sh")
+    (ws.root / ".venv").symlink_to(VENV_BIN.parent)
+    keys = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+            "AWS_REGION", "STATE_BUCKET", "PULUMI_CONFIG_PASSPHRASE",
+            "BACKUP_DEST")
+    ws.write_env_file("".join(f"{k}={ws.env[k]}\n" for k in keys))
+    home = tmp_path / "cron-home"
+    home.mkdir()
+    done = subprocess.run(
+        ["env", "-i", "PATH=/usr/bin:/bin", f"HOME={home}",
+         "/bin/sh", "-c", f"{ws.root}/scripts/backup-cron.sh"],
+        cwd="/", text=True, capture_output=True, timeout=300)
+    snap, objects, copied = summary(done)
+    assert (objects, copied) == (42, 42)
+    assert done.stdout.count("\n") == 1, done.stdout
+    assert done.stderr == ""
+    assert ws.env["PULUMI_CONFIG_PASSPHRASE"] not in done.stdout
+    assert [r["id"] for r in snapshots(ws)] == [snap]
+
+
+def test_retention_keeps_the_newest_and_dry_run_changes_nothing(
+        ws, s3, state):
+    ids = [summary(ws.inv("backup"))[0] for _ in range(3)]
+    ws.env["BACKUP_KEEP"] = "1"
+    dry = ws.inv("backup", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert f"would prune snapshot {ids[0]}" in dry.stdout
+    assert "would back up 42 objects" in dry.stdout
+    assert [r["id"] for r in snapshots(ws)] == ids
+
+    latest, _, _ = summary(ws.inv("backup"))
+    assert [r["id"] for r in snapshots(ws)] == [latest]
+    # The first snapshot's bytes still back the kept one; nothing else.
+    assert len(data_keys(s3, ids[0])) == 42
+    for old in ids[1:]:
+        assert data_keys(s3, old) == []
+    assert ws.inv("backup.verify", latest).returncode == 0
+
+
+def test_backup_says_when_a_deploy_holds_a_stack_lock(ws, s3, state):
+    s3.put_object(
+        Bucket=state,
+        Key=".pulumi/locks/organization/app/staging/1a2b.json",
+        Body=b'{"pid": 4242, "hostname": "ci", "username": "ci"}')
+    done = ws.inv("backup")
+    snap, objects, _ = summary(done)
+    assert objects == 42
+    assert "staging" in done.stderr and "consistent" in done.stderr
+    assert "locked during backup: staging" in done.stdout
+    assert snapshots(ws)[0]["locked_stacks"] == ["staging"]
+
+
+def test_manifest_lists_key_size_sha256_and_version(ws, s3, state):
+    snap, _, _ = summary(ws.inv("backup"))
+    body = s3.get_object(
+        Bucket=BACKUP_BUCKET,
+        Key=f"nightly/snapshots/{snap}/manifest.jsonl")["Body"].read()
+    lines = [json.loads(line) for line in body.splitlines()]
+    header, entries, end = lines[0], lines[1:-1], lines[-1]
+    assert header["objects"] == 42 == len(entries) == end["end"]
+    meta = next(e for e in entries if e["key"] == "meta.yaml")
+    import hashlib
+
+    assert meta["sha256"] == hashlib.sha256(b"version: 1\n").hexdigest()
+    assert meta["size"] == 11
+    current = s3.head_object(Bucket=state, Key=".pulumi/meta.yaml")
+    assert meta["version_id"] == current["VersionId"]
+    assert [e["key"] for e in entries] == sorted(e["key"] for e in entries)
+
+
+def test_relative_destination_is_under_the_workspace(ws, s3, state,
+                                                    tmp_path: Path):
+    # A relative destination is taken from the workspace, not the cwd.
+    done = ws.inv("backup", "--to", "local-backups", cwd=tmp_path)
+    summary(done)
+    assert (ws.root / "local-backups" / "snapshots").is_dir()
