@@ -266,7 +266,8 @@ class S3Destination(Destination):
             self.client.put_object(Bucket=self.bucket, Key=self._key(path),
                                    Body=handle)
 
-    def read_lines(self, path: str) -> Iterator[bytes]:
+    def _body(self, path: str) -> Any:
+        """The streaming body of ``path``; KeyError when it is missing."""
         try:
             response = self.client.get_object(Bucket=self.bucket,
                                               Key=self._key(path))
@@ -275,22 +276,17 @@ class S3Destination(Destination):
                     "NoSuchKey", "404"}:
                 raise KeyError(path) from None
             raise
-        body = response["Body"]
+        return response["Body"]
+
+    def read_lines(self, path: str) -> Iterator[bytes]:
+        body = self._body(path)
         try:
             yield from body.iter_lines(chunk_size=CHUNK)
         finally:
             body.close()
 
     def read_chunks(self, path: str) -> Iterator[bytes]:
-        try:
-            response = self.client.get_object(Bucket=self.bucket,
-                                              Key=self._key(path))
-        except bx.ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in {
-                    "NoSuchKey", "404"}:
-                raise KeyError(path) from None
-            raise
-        body = response["Body"]
+        body = self._body(path)
         try:
             yield from body.iter_chunks(chunk_size=CHUNK)
         finally:

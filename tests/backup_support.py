@@ -8,14 +8,10 @@ for tests that need many of them, and a small HTTP proxy that answers
 
 from __future__ import annotations
 
-import http.client
-import http.server
 import json
 import shutil
-import threading
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 BACKUP_BUCKET = "test-backups"
 PROJECT = "yaml-app"
@@ -103,82 +99,3 @@ def snapshots(ws: Any) -> list[dict]:
     done = ws.inv("backup.list", "--json")
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
-
-
-class SlowDownProxy:
-    """An HTTP proxy to moto that answers 503 SlowDown to the first
-    ``failures`` requests; a real endpoint, not an in-process mock."""
-
-    def __init__(self, upstream: str, failures: int) -> None:
-        self.upstream = urlsplit(upstream)
-        self.failures = failures
-        self.refused = 0
-        self.passed = 0
-        self._lock = threading.Lock()
-        proxy = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def _any(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
-                with proxy._lock:
-                    refuse = proxy.refused < proxy.failures
-                    if refuse:
-                        proxy.refused += 1
-                    else:
-                        proxy.passed += 1
-                if refuse:
-                    message = (b"<?xml version='1.0' encoding='UTF-8'?>"
-                               b"<Error><Code>SlowDown</Code><Message>"
-                               b"Please reduce your request rate."
-                               b"</Message></Error>")
-                    self.send_response(503)
-                    self.send_header("Content-Type", "application/xml")
-                    self.send_header("Content-Length", str(len(message)))
-                    self.send_header("Connection", "close")
-                    self.end_headers()
-                    self.wfile.write(message)
-                    self.close_connection = True
-                    return
-                upstream = http.client.HTTPConnection(
-                    proxy.upstream.hostname, proxy.upstream.port,
-                    timeout=60)
-                headers = {k: v for k, v in self.headers.items()
-                           if k.lower() not in {"connection", "expect"}}
-                upstream.request(self.command, self.path, body=body,
-                                 headers=headers)
-                answer = upstream.getresponse()
-                payload = answer.read()
-                self.send_response(answer.status, answer.reason)
-                for key, value in answer.getheaders():
-                    if key.lower() not in {"connection", "content-length",
-                                           "transfer-encoding"}:
-                        self.send_header(key, value)
-                self.send_header("Content-Length", str(len(payload)))
-                self.send_header("Connection", "close")
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(payload)
-                self.close_connection = True
-                upstream.close()
-
-            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _any
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
-                                                      Handler)
-        self.endpoint = f"http://127.0.0.1:{self.server.server_port}"
-        self.thread = threading.Thread(target=self.server.serve_forever,
-                                       daemon=True)
-
-    def __enter__(self) -> SlowDownProxy:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()

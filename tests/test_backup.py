@@ -18,13 +18,13 @@ from pathlib import Path
 import pytest
 from backup_support import (
     BACKUP_BUCKET,
-    SlowDownProxy,
     backup_env,
     make_bucket,
     seed,
     snapshots,
 )
 from conftest import REPO, VENV_BIN, assert_clean_failure
+from fault_proxy import FaultProxy
 
 SUMMARY = re.compile(
     r"^backup (\S+): (\d+) objects, .* \((\d+) copied, .*\), [\d.]+ s, ",
@@ -202,7 +202,7 @@ def test_sigkill_at_any_point_leaves_no_complete_snapshot(ws, s3, state):
 
 
 def test_throttling_is_retried(ws, s3, state, moto):
-    with SlowDownProxy(moto.endpoint, failures=6) as proxy:
+    with FaultProxy(moto.endpoint, failures=6) as proxy:
         env = dict(ws.env, AWS_ENDPOINT_URL=proxy.endpoint)
         done = ws.inv("backup", env=env)
         assert proxy.refused == 6 and proxy.passed > 40

@@ -231,3 +231,27 @@ def test_lifecycle_keeps_other_rules_and_recognises_equivalents():
     assert hardening._lifecycle_complies(split, 90)
     assert not hardening._lifecycle_complies(
         [{**r, "Status": "Disabled"} for r in split], 90)
+
+
+def test_a_setting_the_store_lacks_is_reported_unsupported(ws, s3, project,
+                                                           moto, pulumi_cli):
+    """S3-compatible stores answer 501 NotImplemented for some settings
+    (SeaweedFS for the public access block); bootstrap goes on."""
+    from fault_proxy import FaultProxy
+
+    with FaultProxy(moto.endpoint, failures=10**6, status=501,
+                    code="NotImplemented",
+                    match=lambda method, path: "publicAccessBlock" in path,
+                    ) as store:
+        ws.env["AWS_ENDPOINT_URL"] = store.endpoint
+        done = ws.inv("bootstrap")
+        again = ws.inv("bootstrap")
+
+    assert done.returncode == 0, done.stderr
+    lines = [ln.strip() for ln in done.stdout.splitlines()]
+    assert ("unsupported  public access block  (the store does not "
+            "implement it)") in lines
+    assert "1 unsupported" in lines[-1]
+    assert bucket_configuration(s3)["versioning"] == "Enabled"
+    assert again.returncode == 0
+    assert "repaired" not in again.stdout
