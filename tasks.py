@@ -352,7 +352,6 @@ def prune(c, keep=20, stack=None, dry_run=False):
                         dry_run=dry_run))
 
 
-
 # --- migration, export/import, locks ------------------------------------
 
 

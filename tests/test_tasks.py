@@ -30,3 +30,17 @@ def test_every_task_has_a_one_line_summary():
     # A task without a docstring shows its name alone on its row.
     assert all(len(ln.split()) > 1 for ln in rows
                if ln.startswith("  ") and not ln.startswith("    "))
+
+
+def test_statekeeper_command_runs_the_tasks_from_any_directory(tmp_path):
+    command = Path(sys.executable).parent / "statekeeper"
+    listed = subprocess.run([str(command), "--list"], cwd="/",
+                            capture_output=True, text=True, check=True)
+    assert "sandbox.status" in listed.stdout
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path),
+           "STATEKEEPER_SANDBOX_DIR": str(tmp_path / "sandbox")}
+    status = subprocess.run([str(command), "sandbox.status"], cwd="/",
+                            env=env, capture_output=True, text=True)
+    assert status.returncode == 1
+    assert status.stdout.strip() == (
+        "sandbox not running (inv sandbox.up starts it)")
