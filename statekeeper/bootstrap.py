@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 import botocore.exceptions as bx
 
 from statekeeper import aws, bucket, stacks
-from statekeeper.errors import AwsError, ConfigError
+from statekeeper.errors import AwsError
 from statekeeper.output import Report
+from statekeeper.project import project_file
 from statekeeper.pulumi_cli import Pulumi
 
 if TYPE_CHECKING:
@@ -27,7 +28,7 @@ def run(settings: Settings, *, dry_run: bool = False,
         report: Report | None = None) -> int:
     report = report or Report()
     pulumi = Pulumi(settings, cwd=settings.project_dir)
-    require_project(settings)
+    project_file(settings.project_dir)
     pulumi.check_version()
     pulumi.require_secrets_provider()
 
@@ -44,15 +45,6 @@ def run(settings: Settings, *, dry_run: bool = False,
     report.summary(f"bootstrap of s3://{settings.bucket} ({where})"
                    + (" [dry run]" if dry_run else ""))
     return 0
-
-
-def require_project(settings: Settings) -> None:
-    if not (settings.project_dir / "Pulumi.yaml").is_file():
-        raise ConfigError(
-            f"no Pulumi.yaml in {settings.project_dir}",
-            "pass --project DIR (a Pulumi project) or set "
-            "PULUMI_PROJECT_DIR",
-        )
 
 
 def ensure_bucket(s3: Any, settings: Settings, report: Report,

@@ -26,12 +26,11 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from statekeeper.errors import ConfigError, PulumiError
 from statekeeper.output import Report
+from statekeeper.project import project_file
 from statekeeper.pulumi_cli import Pulumi, Result
 
 if TYPE_CHECKING:
     from statekeeper.config import Settings
-
-PROJECT_FILES = ("Pulumi.yaml", "Pulumi.yml")
 
 # Pulumi's operation names, the past tense a deploy summary uses and the
 # future tense a preview uses.  The first four always appear in a summary.
@@ -58,33 +57,6 @@ def pick_stack(settings: Settings) -> str:
             "pass --stack NAME",
         )
     return settings.stacks[0]
-
-
-def project_file(project_dir: Path) -> Path:
-    """The project's ``Pulumi.yaml``, or a ConfigError naming the folder."""
-    for name in PROJECT_FILES:
-        if (project_dir / name).is_file():
-            return project_dir / name
-    raise ConfigError(
-        f"{project_dir} holds no Pulumi.yaml",
-        "pass --project DIR pointing at a Pulumi project (default stacks/)",
-    )
-
-
-def project_name(project_dir: Path) -> str:
-    """The ``name:`` of the project (the folder under ``.pulumi/stacks``)."""
-    import yaml
-
-    path = project_file(project_dir)
-    try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        doc = None
-    name = doc.get("name") if isinstance(doc, dict) else None
-    if not isinstance(name, str) or not name:
-        raise ConfigError(f"{path} has no project name",
-                          "add a 'name:' line to it")
-    return name
 
 
 def cli_for(settings: Settings) -> Pulumi:

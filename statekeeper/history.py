@@ -11,7 +11,6 @@ and the rollback can be undone the same way.
 from __future__ import annotations
 
 import json
-import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -23,16 +22,15 @@ from statekeeper.backup import human_bytes
 from statekeeper.config import Settings
 from statekeeper.errors import ConfigError, Refused
 from statekeeper.output import Report
+from statekeeper.project import name as project_name
 
 
 def _project_name(settings: Settings) -> str | None:
-    """The name in the project directory's Pulumi.yaml, if there is one."""
+    """The project directory's name, if it holds a project."""
     try:
-        text = (settings.project_dir / "Pulumi.yaml").read_text()
-    except OSError:
+        return project_name(settings.project_dir)
+    except ConfigError:
         return None
-    match = re.search(r"^name:\s*['\"]?([^'\"\s#]+)", text, re.MULTILINE)
-    return match.group(1) if match else None
 
 
 def find_checkpoint(client: Any, settings: Settings,

@@ -47,6 +47,8 @@ from urllib.parse import parse_qs, urlsplit
 from statekeeper import transfer
 from statekeeper.checkpoint import Checkpoint
 from statekeeper.errors import ConfigError, PulumiError, Refused
+from statekeeper.project import name as project_name
+from statekeeper.project import project_file, stack_config_file
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -146,10 +148,10 @@ def scratch_project(project_dir: Path, stack: str, *,
     with tempfile.TemporaryDirectory(prefix="statekeeper-migrate-") as tmp:
         root = Path(tmp)
         root.chmod(0o700)
-        source = transfer.project_file(project_dir)
+        source = project_file(project_dir)
         shutil.copy2(source, root / source.name)
-        config = transfer.stack_config_file(project_dir, stack)
-        target = transfer.stack_config_file(root, stack)
+        config = stack_config_file(project_dir, stack)
+        target = stack_config_file(root, stack)
         target.parent.mkdir(parents=True, exist_ok=True)
         if with_config and config.is_file():
             shutil.copy2(config, target)
@@ -244,7 +246,7 @@ class ConfigPlan:
 def read_source_config(source: Pulumi, stack_ref: str, stack: str,
                        scratch: Path) -> ConfigPlan:
     """The source's config file and every value decrypted (in memory)."""
-    document = _load_yaml(transfer.stack_config_file(scratch, stack))
+    document = _load_yaml(stack_config_file(scratch, stack))
     decrypted = {}
     if document.get("config"):
         decrypted = source.json("config", "--show-secrets", "--stack",
@@ -256,7 +258,7 @@ def write_target_config(target: Pulumi, stack: str, scratch: Path,
                         plan: ConfigPlan) -> None:
     import yaml
 
-    path = transfer.stack_config_file(scratch, stack)
+    path = stack_config_file(scratch, stack)
     document = _load_yaml(path)  # holds the target's encryption keys
     for name, value in plan.document.items():
         if name not in _ENCRYPTION_KEYS and name != "config":
@@ -440,7 +442,7 @@ def migrate_stack(settings: Settings, stack: str, options: Options,
     from statekeeper.pulumi_cli import Pulumi
 
     project_dir = settings.project_dir
-    project = transfer.project_name(project_dir)
+    project = project_name(project_dir)
     name = stack.rsplit("/", 1)[-1]  # a Cloud source may say org/stack
     with scratch_project(project_dir, name, with_config=True) as src_dir, \
             scratch_project(project_dir, name, with_config=False) as tgt_dir:
@@ -606,10 +608,10 @@ def _verify(source: Pulumi, target: Pulumi, stack: str,
 
 def _install_config(project_dir: Path, tgt_dir: Path, stack: str,
                     report: Report) -> None:
-    made = transfer.stack_config_file(tgt_dir, stack)
+    made = stack_config_file(tgt_dir, stack)
     if not made.is_file():
         return
-    final = transfer.stack_config_file(project_dir, stack)
+    final = stack_config_file(project_dir, stack)
     kept = ""
     if final.is_file():
         backup = final.with_name(final.name + ".pre-migrate")
@@ -649,7 +651,7 @@ def run(settings: Settings, stacks: list[str] | None, options: Options,
     if options.remove_source and options.dry_run:
         raise ConfigError("--remove-source and --dry-run contradict",
                           "drop one of them")
-    transfer.project_file(settings.project_dir)
+    project_file(settings.project_dir)
     if all_stacks:
         from statekeeper.pulumi_cli import Pulumi
 

@@ -84,5 +84,5 @@ def _refuse_if_locked(client: Any, bucket: str, state_root: str,
             f"stack '{stack}' is locked by {describe(others[0][1])} "
             "(an update may be running)",
             "wait for it to finish; if that process died, run "
-            f"'pulumi cancel --stack {stack}' and retry",
+            f"'inv locks.clear --stack {stack}' and retry",
         )

@@ -21,11 +21,11 @@ from statekeeper.deploy import (
     is_infrastructure,
     latest_update,
     preflight,
-    project_name,
     resource_label,
 )
 from statekeeper.errors import ConfigError, Refused
 from statekeeper.output import Report
+from statekeeper.project import name as project_name
 
 if TYPE_CHECKING:
     from statekeeper.config import Settings

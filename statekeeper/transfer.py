@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from statekeeper.checkpoint import Checkpoint
 from statekeeper.errors import ConfigError, Refused
+from statekeeper.project import name as project_name
+from statekeeper.project import project_file
 
 if TYPE_CHECKING:
     from statekeeper.config import Settings
@@ -31,7 +33,6 @@ if TYPE_CHECKING:
 
 # Deployment schema versions `pulumi stack import` reads (3 is current).
 SUPPORTED_VERSIONS = (1, 2, 3)
-PROJECT_FILES = ("Pulumi.yaml", "Pulumi.yml")
 
 _URN_RE = re.compile(
     r"^urn:pulumi:(?P<stack>[^:]+)::(?P<project>[^:]+)::"
@@ -54,45 +55,6 @@ def parse_urn(text: str) -> Urn | None:
     if not match:
         return None
     return Urn(**match.groupdict())
-
-
-# --- the project on disk -------------------------------------------------
-
-
-def project_file(project_dir: Path) -> Path:
-    for name in PROJECT_FILES:
-        path = project_dir / name
-        if path.is_file():
-            return path
-    raise ConfigError(
-        f"no Pulumi.yaml in {project_dir}",
-        "pass --project with the Pulumi project directory",
-    )
-
-
-def project_document(project_dir: Path) -> dict[str, Any]:
-    import yaml
-
-    path = project_file(project_dir)
-    try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
-        raise ConfigError(f"{path} is not readable YAML",
-                          "fix the project file") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("name"), str):
-        raise ConfigError(f"{path} has no project name",
-                          "add 'name: <project>' to it")
-    return doc
-
-
-def project_name(project_dir: Path) -> str:
-    return str(project_document(project_dir)["name"])
-
-
-def stack_config_file(project_dir: Path, stack: str) -> Path:
-    """Where ``Pulumi.<stack>.yaml`` lives (``stackConfigDir`` honoured)."""
-    folder = project_document(project_dir).get("stackConfigDir") or "."
-    return project_dir / str(folder) / f"Pulumi.{stack}.yaml"
 
 
 # --- reading and checking an export ---------------------------------------
