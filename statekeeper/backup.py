@@ -42,6 +42,7 @@ from statekeeper.backup_store import (
     Snapshot,
     etag,
     open_destination,
+    sha256_of,
 )
 from statekeeper.config import Settings
 from statekeeper.errors import ConfigError, StatekeeperError
@@ -592,16 +593,9 @@ def verify(settings: Settings, *, snapshot: str | None = None,
         def check(entry: Entry) -> str | None:
             path = destination.data_path(entry.at, entry.key)
 
-            def digest() -> tuple[str, int]:
-                hasher = hashlib.sha256()
-                size = 0
-                for chunk in destination.read_chunks(path):
-                    hasher.update(chunk)
-                    size += len(chunk)
-                return hasher.hexdigest(), size
-
             try:
-                sha256, size = _with_retries(digest)
+                sha256, size = _with_retries(
+                    lambda: sha256_of(destination.read_chunks(path)))
             except KeyError:
                 return "missing"
             except bx.ClientError as exc:

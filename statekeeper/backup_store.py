@@ -25,7 +25,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -345,7 +345,7 @@ class S3Destination(Destination):
             self.copy_checksums = False
         # The store gave no SHA-256, or the object changed after the
         # listing: hash the copy itself, which is what a restore returns.
-        digest, real_size = self._hash(path)
+        digest, real_size = sha256_of(self.read_chunks(path))
         return Copied(new_etag, digest, done.get("CopySourceVersionId"),
                       real_size)
 
@@ -363,13 +363,6 @@ class S3Destination(Destination):
         return Copied(etag(response.get("ETag")) or listed_etag,
                       digest.hex(), response.get("VersionId"), len(body))
 
-    def _hash(self, path: str) -> tuple[str, int]:
-        digest = hashlib.sha256()
-        size = 0
-        for chunk in self.read_chunks(path):
-            digest.update(chunk)
-            size += len(chunk)
-        return digest.hexdigest(), size
 
     def copy_out(self, client: Any, path: str, bucket: str,
                  key: str) -> str:
@@ -513,6 +506,16 @@ class LocalDestination(Destination):
             handle.seek(0)
             client.put_object(Bucket=bucket, Key=key, Body=handle)
         return digest.hexdigest()
+
+
+def sha256_of(chunks: Iterable[bytes]) -> tuple[str, int]:
+    """(hex SHA-256, size) of a stream of chunks."""
+    digest = hashlib.sha256()
+    size = 0
+    for chunk in chunks:
+        digest.update(chunk)
+        size += len(chunk)
+    return digest.hexdigest(), size
 
 
 def open_destination(settings: config.Settings, url: str | None,

@@ -90,21 +90,28 @@ def deploy(
         return preview(settings, refresh=refresh, out=out, err=err)
     out, err = out or sys.stdout, err or sys.stderr
     preflight(settings, stack)
+    args = ["--refresh"] if refresh else []
+    return run_update(settings, "deploy", "up", stack, args, out, err)
+
+
+def run_update(settings: Settings, task: str, command: str, stack: str,
+               args: list[str], out: TextIO, err: TextIO) -> int:
+    """Run ``pulumi COMMAND`` (up, destroy) with its own display, then one
+    summary line from the update it recorded; returns the CLI's exit
+    code."""
     pulumi = cli_for(settings)
     started = time.time()
-    args = ["up", "--stack", stack, "--yes"]
-    if refresh:
-        args.append("--refresh")
     out.flush()
-    done = pulumi.run(*args, secrets=True, capture=False, check=False)
+    done = pulumi.run(command, "--stack", stack, "--yes", *args,
+                      secrets=True, capture=False, check=False)
     forward_stderr(done, err)
     update = latest_update(pulumi, stack, since=started)
     counts = update.get("resourceChanges") if update else None
     if done.ok:
-        print(f"deploy {stack}: {describe_changes(counts)}", file=out)
+        print(f"{task} {stack}: {describe_changes(counts)}", file=out)
     else:
         tail = f"; {describe_changes(counts)}" if counts else ""
-        print(f"error: deploy of stack '{stack}' failed (pulumi exit "
+        print(f"error: {task} of stack '{stack}' failed (pulumi exit "
               f"{done.returncode}){tail}; see Pulumi's messages above",
               file=err)
     return done.returncode

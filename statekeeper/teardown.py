@@ -10,18 +10,15 @@ nothing managing them.
 from __future__ import annotations
 
 import sys
-import time
 from typing import TYPE_CHECKING, Any, TextIO
 
 from statekeeper import checkpoint
 from statekeeper.deploy import (
     cli_for,
-    describe_changes,
-    forward_stderr,
     is_infrastructure,
-    latest_update,
     preflight,
     resource_label,
+    run_update,
 )
 from statekeeper.errors import ConfigError, Refused
 from statekeeper.output import Report
@@ -67,20 +64,7 @@ def destroy(
             f"check the list above, then run 'inv destroy --stack {stack} "
             "--yes'",
         )
-    pulumi = cli_for(settings)
-    started = time.time()
-    out.flush()
-    done = pulumi.run("destroy", "--stack", stack, "--yes", secrets=True,
-                      capture=False, check=False)
-    forward_stderr(done, err)
-    update = latest_update(pulumi, stack, since=started)
-    counts = update.get("resourceChanges") if update else None
-    if done.ok:
-        print(f"destroy {stack}: {describe_changes(counts)}", file=out)
-    else:
-        print(f"error: destroy of stack '{stack}' failed (pulumi exit "
-              f"{done.returncode}); see Pulumi's messages above", file=err)
-    return done.returncode
+    return run_update(settings, "destroy", "destroy", stack, [], out, err)
 
 
 def remove_stack(
