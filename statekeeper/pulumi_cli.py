@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -100,8 +101,12 @@ class Pulumi:
     def env(self) -> dict[str, str]:
         env = dict(self.settings.environ)
         env.update(self._extra_env)
+        # The workspace's CLI first, then this interpreter's bin folder: the
+        # Python language host runs the first `python3` on PATH, which must
+        # be one with the pulumi SDK (scripts/install-pulumi.sh says why).
         path = env.get("PATH", os.defpath)
-        env["PATH"] = f"{tools_bin(self.settings.workspace)}:{path}"
+        env["PATH"] = (f"{tools_bin(self.settings.workspace)}:"
+                       f"{Path(sys.executable).parent}:{path}")
         env["PULUMI_BACKEND_URL"] = self.backend_url
         env["PULUMI_SKIP_UPDATE_CHECK"] = "true"
         env.setdefault("PULUMI_DIY_BACKEND_PARALLEL", "16")
