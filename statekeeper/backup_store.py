@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -480,9 +479,6 @@ class LocalDestination(Destination):
             except OSError:
                 return
             folder = folder.parent
-
-    def remove_tree(self, under: str) -> None:
-        shutil.rmtree(self._path(under.rstrip("/")), ignore_errors=True)
 
     def copy_in(self, client: Any, bucket: str, key: str, path: str,
                 listed_etag: str, size: int) -> Copied:

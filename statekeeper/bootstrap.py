@@ -40,7 +40,7 @@ def run(settings: Settings, *, dry_run: bool = False,
         for name in settings.stacks:
             report.step("would create", f"stack {name}")
     else:
-        login_and_init(pulumi, settings, report, dry_run)
+        login_and_init(pulumi, s3, settings, report, dry_run)
     where = settings.endpoint_url or settings.region
     report.summary(f"bootstrap of s3://{settings.bucket} ({where})"
                    + (" [dry run]" if dry_run else ""))
@@ -132,8 +132,8 @@ def harden(s3: Any, settings: Settings, report: Report, dry_run: bool,
         report.step("created" if new_bucket else "repaired", subject)
 
 
-def login_and_init(pulumi: Pulumi, settings: Settings, report: Report,
-                   dry_run: bool) -> None:
+def login_and_init(pulumi: Pulumi, s3: Any, settings: Settings,
+                   report: Report, dry_run: bool) -> None:
     """Log the CLI in to the backend and create the missing stacks."""
     url = settings.backend_url.split("?", 1)[0]
     if dry_run:
@@ -144,7 +144,7 @@ def login_and_init(pulumi: Pulumi, settings: Settings, report: Report,
     # Listing stacks on a backend with no meta.yaml makes the CLI write one;
     # a dry run must not, and such a backend has no stacks anyway.
     names = (stacks.existing(pulumi)
-             if not dry_run or has_meta(settings) else [])
+             if not dry_run or has_meta(s3, settings) else [])
     for name in settings.stacks:
         if name in names:
             report.step("ok", f"stack {name}")
@@ -164,8 +164,7 @@ def provider_label(settings: Settings) -> str:
         "passphrase")
 
 
-def has_meta(settings: Settings) -> bool:
-    s3 = aws.client(settings, "s3", attempts=3)
+def has_meta(s3: Any, settings: Settings) -> bool:
     key = f"{settings.state_root}meta.yaml"
     with aws.translated(settings, f"reading s3://{settings.bucket}/{key}"):
         listing = s3.list_objects_v2(Bucket=settings.bucket, Prefix=key,

@@ -34,10 +34,6 @@ def history_prefix(state_root: str, project: str, stack: str) -> str:
     return f"{state_root}history/{project}/{stack}/"
 
 
-def backups_prefix(state_root: str, project: str, stack: str) -> str:
-    return f"{state_root}backups/{project}/{stack}/"
-
-
 def locks_prefix(state_root: str, project: str, stack: str) -> str:
     return f"{state_root}locks/organization/{project}/{stack}/"
 

@@ -15,7 +15,7 @@ import ipaddress
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import parse_qs, quote, urlsplit
 
@@ -101,20 +101,10 @@ class Settings:
         return bool(self.endpoint_url and
                     self.endpoint_url.startswith("http://"))
 
-    def has_passphrase(self) -> bool:
-        return ("PULUMI_CONFIG_PASSPHRASE" in self.environ
-                or "PULUMI_CONFIG_PASSPHRASE_FILE" in self.environ)
-
     def with_stacks(self, stacks: tuple[str, ...]) -> Settings:
         for name in stacks:
             _check_stack(name, "--stack")
-        return _replace(self, stacks=stacks)
-
-
-def _replace(settings: Settings, **changes: object) -> Settings:
-    from dataclasses import replace
-
-    return replace(settings, **changes)
+        return replace(self, stacks=stacks)
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -126,6 +116,8 @@ def read_env_file(path: Path) -> dict[str, str]:
     """
     if not path.is_file():
         return {}
+    import io
+
     from dotenv.parser import parse_stream
 
     try:
@@ -136,8 +128,6 @@ def read_env_file(path: Path) -> dict[str, str]:
             "make it a readable UTF-8 text file",
         ) from None
     values: dict[str, str] = {}
-    import io
-
     for binding in parse_stream(io.StringIO(text)):
         if binding.error:
             line = binding.original.line

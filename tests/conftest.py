@@ -7,7 +7,6 @@ Pulumi CLI all talk to the same server on 127.0.0.1.
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import shutil
@@ -214,7 +213,3 @@ def assert_clean_failure(done: subprocess.CompletedProcess,
         assert needle in lines[0], lines[0]
     return lines[0]
 
-
-def load_json(done: subprocess.CompletedProcess):
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
