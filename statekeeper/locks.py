@@ -16,7 +16,6 @@ call :func:`stale_locks` and :func:`stacks_with_pending_operations`.
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TextIO
 
 from statekeeper import checkpoint
 from statekeeper.errors import ConfigError, Refused
+from statekeeper.process import alive as pid_alive
 
 if TYPE_CHECKING:
     from statekeeper.config import Settings
@@ -107,21 +107,7 @@ def process_state(pid: int | None, hostname: str) -> str:
     """'alive' or 'gone' for a pid of this host, else 'unknown'."""
     if pid is None or pid <= 0 or hostname != socket.gethostname():
         return "unknown"
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return "gone"
-    except PermissionError:
-        return "alive"
-    return "alive" if not _is_zombie(pid) else "gone"
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return False
+    return "alive" if pid_alive(pid) else "gone"
 
 
 def lock_from(key: str, relative: str, body: bytes,

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from statekeeper.errors import StatekeeperError
+from statekeeper.process import alive as pid_alive
 
 PREFERRED_PORT = 5000
 
@@ -40,7 +41,7 @@ def running_endpoint(workspace: Path) -> str | None:
         endpoint = (folder / "endpoint").read_text().strip()
     except (OSError, ValueError):
         return None
-    return endpoint if _alive(pid) else None
+    return endpoint if pid_alive(pid) else None
 
 
 def defaults(
@@ -99,11 +100,11 @@ def down(workspace: Path) -> bool:
         pid = int((folder / "moto.pid").read_text().strip())
     except (OSError, ValueError):
         pid = None
-    was_running = pid is not None and _alive(pid)
+    was_running = pid is not None and pid_alive(pid)
     if was_running:
         os.kill(pid, signal.SIGTERM)
         for _ in range(50):
-            if not _alive(pid):
+            if not pid_alive(pid):
                 break
             time.sleep(0.1)
         else:
@@ -160,17 +161,3 @@ def _ensure_passphrase(path: Path) -> None:
     with os.fdopen(fd, "w") as handle:
         handle.write(secrets.token_urlsafe(24))
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie child still answers signal 0; treat it as gone.
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
