@@ -31,7 +31,7 @@ from typing import Any
 
 import botocore.exceptions as bx
 
-from statekeeper import config
+from statekeeper import aws, config
 from statekeeper.errors import AwsError, ConfigError
 
 MANIFEST = "manifest.jsonl"
@@ -271,8 +271,7 @@ class S3Destination(Destination):
             response = self.client.get_object(Bucket=self.bucket,
                                               Key=self._key(path))
         except bx.ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in {
-                    "NoSuchKey", "404"}:
+            if aws.error_code(exc) in {"NoSuchKey", "404"}:
                 raise KeyError(path) from None
             raise
         return response["Body"]
