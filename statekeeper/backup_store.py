@@ -2,7 +2,7 @@
 
 Under the destination root (``s3://bucket/prefix`` or a directory)::
 
-    snapshots/<id>/started.json    written first by each run
+    snapshots/<id>/started.json    written before a run's first copy
     snapshots/<id>/manifest.jsonl  written last: its presence means complete
     data/<id>/<key>                bytes first copied by run <id>
 
@@ -25,7 +25,7 @@ import json
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ import botocore.exceptions as bx
 
 from statekeeper import aws, config
 from statekeeper.errors import AwsError, ConfigError
+from statekeeper.s3_direct import DirectS3
 
 MANIFEST = "manifest.jsonl"
 STARTED = "started.json"
@@ -56,7 +57,12 @@ class Entry:
     at: str
 
     def line(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))
+        # A dict literal: dataclasses.asdict costs 30 microseconds an entry.
+        return json.dumps({
+            "key": self.key, "size": self.size, "etag": self.etag,
+            "sha256": self.sha256, "version_id": self.version_id,
+            "modified": self.modified, "at": self.at,
+        }, separators=(",", ":"))
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> Entry:
@@ -98,6 +104,9 @@ class Destination:
     """Common interface of the S3 and local-directory destinations."""
 
     url: str
+    # Leaner reads of the source (and writes, for an S3 destination) on
+    # the endpoints that allow it; see statekeeper.s3_direct.
+    direct: DirectS3 | None = None
 
     def put_bytes(self, path: str, body: bytes) -> None:
         raise NotImplementedError
@@ -353,6 +362,13 @@ class S3Destination(Destination):
         checks: one read and one write, like a copy plus a read-back."""
         import base64
 
+        if self.direct is not None:
+            fetched = self.direct.get(bucket, key)
+            body, version = fetched.body, fetched.version_id
+            digest = hashlib.sha256(body).digest()
+            self.direct.put(self.bucket, self._key(path), body, digest)
+            return Copied(etag(fetched.etag) or listed_etag, digest.hex(),
+                          version, len(body))
         response = client.get_object(Bucket=bucket, Key=key)
         body = response["Body"].read()
         digest = hashlib.sha256(body).digest()
@@ -360,7 +376,6 @@ class S3Destination(Destination):
                           ChecksumSHA256=base64.b64encode(digest).decode())
         return Copied(etag(response.get("ETag")) or listed_etag,
                       digest.hex(), response.get("VersionId"), len(body))
-
 
     def copy_out(self, client: Any, path: str, bucket: str,
                  key: str) -> str:
@@ -481,6 +496,11 @@ class LocalDestination(Destination):
 
     def copy_in(self, client: Any, bucket: str, key: str, path: str,
                 listed_etag: str, size: int) -> Copied:
+        if self.direct is not None and size <= RELAY_LIMIT:
+            fetched = self.direct.get(bucket, key)
+            digest, real_size = self._write(path, iter((fetched.body,)))
+            return Copied(etag(fetched.etag) or listed_etag, digest,
+                          fetched.version_id, real_size)
         response = client.get_object(Bucket=bucket, Key=key)
         body = response["Body"]
         try:

@@ -102,7 +102,7 @@ def run(settings: Settings, snapshot: str, *, stack: str | None = None,
     report = report or Report()
     target = retarget(settings, bucket) if bucket else settings
     want_project, want_stack = _parse_stack(stack)
-    client = aws.client(settings, "s3", pool=20, attempts=10)
+    client = aws.client(settings, "s3", pool=20, attempts=10, bulk=True)
     destination = open_destination(settings, source, client)
     with aws.translated(target, "restoring a backup"):
         chosen = choose_snapshot(destination, snapshot)

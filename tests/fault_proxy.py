@@ -1,5 +1,6 @@
 """A fault-injecting HTTP proxy in front of the moto server, for tests of
-retries (503 SlowDown) and of stores that lack a feature (501)."""
+retries (503 SlowDown), of stores that lack a feature (501) and of stores
+that answer less than AWS does (``rewrite``)."""
 
 from __future__ import annotations
 
@@ -19,12 +20,16 @@ class FaultProxy:
 
     def __init__(self, upstream: str, failures: int, *, status: int = 503,
                  code: str = "SlowDown",
-                 match: Callable[[str, str], bool] | None = None) -> None:
+                 match: Callable[[str, str], bool] | None = None,
+                 rewrite: Callable[[Any, bytes], bytes] | None = None,
+                 ) -> None:
+        """``rewrite(request_headers, body)`` edits each passed answer."""
         self.upstream = urlsplit(upstream)
         self.failures = failures
         self.status = status
         self.code = code
         self.match = match or (lambda method, path: True)
+        self.rewrite = rewrite or (lambda headers, body: body)
         self.refused = 0
         self.passed = 0
         self._lock = threading.Lock()
@@ -67,7 +72,7 @@ class FaultProxy:
                 upstream.request(self.command, self.path, body=body,
                                  headers=headers)
                 answer = upstream.getresponse()
-                payload = answer.read()
+                payload = proxy.rewrite(self.headers, answer.read())
                 self.send_response(answer.status, answer.reason)
                 for key, value in answer.getheaders():
                     if key.lower() not in {"connection", "content-length",
