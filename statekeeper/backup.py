@@ -10,7 +10,8 @@ order and merged, so memory stays flat whatever the number of objects.
 
 A run is safe to kill at any moment: the manifest is written last and
 atomically, so an interrupted run leaves a snapshot that is visibly
-incomplete, and the next run simply starts a new one.
+incomplete, and the next run simply starts a new one.  Two runs to one
+destination never overlap, on one host or several (:mod:`backup_lease`).
 
 The listing is read a few pages ahead in a thread, and on S3-compatible
 endpoints listing and relayed copies go through :mod:`s3_direct`, which
@@ -21,8 +22,6 @@ speed against ``aws s3 sync`` and the peak memory (64 MB of RSS for
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import json
 import os
 import queue
@@ -32,7 +31,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -41,6 +39,7 @@ from typing import Any
 import botocore.exceptions as bx
 
 from statekeeper import aws, checkpoint, s3_direct
+from statekeeper.backup_lease import Lease, held
 from statekeeper.backup_store import (
     CorruptManifest,
     Destination,
@@ -67,12 +66,6 @@ STREAM_ERRORS: tuple[type[Exception], ...] = tuple(
         "ReadTimeoutError", "ConnectionClosedError"))
     if isinstance(cls, type)) + (ConnectionError,)
 OBJECT_ATTEMPTS = 4
-
-
-class Busy(StatekeeperError):
-    """Another backup to the same destination holds the run lock."""
-
-    exit_code = 75  # EX_TEMPFAIL: cron should alert, a retry may pass
 
 
 @dataclass
@@ -113,49 +106,6 @@ def human_bytes(count: float) -> str:
 
 def source_url(settings: Settings) -> str:
     return f"s3://{settings.bucket}/{settings.state_root}"
-
-
-# --- run lock ------------------------------------------------------------
-
-
-@contextmanager
-def run_lock(destination_url: str, wait: float) -> Iterator[None]:
-    """Keep two backups to one destination from overlapping on this host.
-
-    A flock on a file under ~/.cache/statekeeper: the kernel drops it when
-    the process dies, so a killed run never blocks the next one.  It does
-    NOT cover runs on other hosts (two machines with the same cron line);
-    give each host its own BACKUP_DEST prefix for that.
-    """
-    folder = Path.home() / ".cache" / "statekeeper"
-    folder.mkdir(parents=True, exist_ok=True)
-    name = hashlib.sha256(destination_url.encode()).hexdigest()[:16]
-    path = folder / f"backup-{name}.lock"
-    handle = path.open("a+")
-    deadline = time.monotonic() + max(wait, 0)
-    try:
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    handle.seek(0)
-                    holder = handle.read().strip() or "?"
-                    raise Busy(
-                        f"another backup to {destination_url} is running "
-                        f"(pid {holder}); this run did nothing",
-                        "let it finish; pass --wait SECONDS to queue "
-                        "behind it",
-                    ) from None
-                time.sleep(0.2)
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
-        yield
-    finally:
-        handle.close()
 
 
 # --- backup --------------------------------------------------------------
@@ -291,15 +241,15 @@ def run(settings: Settings, *, to: str | None = None,
             settings, client, pool=threads + 4, attempts=10)
         destination.check(settings)
         client.head_bucket(Bucket=settings.bucket)
-        with run_lock(destination.url, wait):
+        with held(destination, wait, report, lease=not dry_run) as lease:
             return _run_locked(settings, client, destination, report,
-                               dry_run=dry_run, exports=exports,
+                               lease, dry_run=dry_run, exports=exports,
                                threads=threads)
 
 
 def _run_locked(settings: Settings, client: Any, destination: Destination,
-                report: Report, *, dry_run: bool, exports: bool,
-                threads: int) -> int:
+                report: Report, lease: Lease | None, *, dry_run: bool,
+                exports: bool, threads: int) -> int:
     started = time.monotonic()
     snapshot = new_snapshot_id()
     totals = Totals()
@@ -413,6 +363,8 @@ def _run_locked(settings: Settings, client: Any, destination: Destination,
         copied_bytes=totals.copied_bytes,
         locked_stacks=sorted(totals.locked),
         stacks=sorted(f"{p}/{s}" for p, s in totals.stacks))
+    if lease is not None:
+        lease.check()
     _write_manifest(destination, snapshot, header, entries_file,
                     totals.objects)
     seconds = time.monotonic() - started

@@ -5,6 +5,8 @@ Under the destination root (``s3://bucket/prefix`` or a directory)::
     snapshots/<id>/started.json    written before a run's first copy
     snapshots/<id>/manifest.jsonl  written last: its presence means complete
     data/<id>/<key>                bytes first copied by run <id>
+    lock.json                      the running backup (S3 only; see
+                                   backup_lease)
 
 ``<key>`` is the object's key relative to the state root (``meta.yaml``,
 ``stacks/app/prod.json``...).  A snapshot copies only what changed since

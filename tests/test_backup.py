@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -419,3 +421,92 @@ def test_keys_that_need_escaping_are_signed_and_copied_intact(
         assert stored["Body"].read() == key.encode()
         local = tmp_path / "dir" / "data" / dir_snap / relative
         assert local.read_bytes() == key.encode()
+
+
+def test_a_run_on_another_host_keeps_this_one_out(ws, s3, state):
+    """The destination's lock.json stands for a run on another host: this
+    run exits 75 (or waits with --wait) and writes nothing."""
+    holder = {"host": "ci-runner-7", "pid": 4242, "token": "theirs",
+              "started": "2026-12-03T04:17:00+00:00"}
+    s3.put_object(Bucket=BACKUP_BUCKET, Key="nightly/lock.json",
+                  Body=json.dumps(holder).encode())
+
+    done = ws.inv("backup")
+    assert done.returncode == 75
+    assert_clean_failure(done, "another backup to s3://test-backups/nightly/",
+                         "host ci-runner-7, pid 4242", "--wait")
+    started = time.monotonic()
+    waited = ws.inv("backup", "--wait", "3")
+    assert waited.returncode == 75 and time.monotonic() - started >= 3
+    assert snapshots(ws) == []
+    lock = s3.get_object(Bucket=BACKUP_BUCKET, Key="nightly/lock.json")
+    assert json.loads(lock["Body"].read()) == holder
+
+    s3.delete_object(Bucket=BACKUP_BUCKET, Key="nightly/lock.json")
+    summary(ws.inv("backup"))
+    listing = s3.list_objects_v2(Bucket=BACKUP_BUCKET, Prefix="nightly/lock")
+    assert "Contents" not in listing, "a finished run releases its lock"
+
+
+def test_a_lock_left_by_a_killed_run_on_this_host_is_taken_over(
+        ws, s3, state):
+    victim = subprocess.Popen(["sleep", "60"])
+    victim.kill()
+    victim.wait()
+    s3.put_object(Bucket=BACKUP_BUCKET, Key="nightly/lock.json",
+                  Body=json.dumps({"host": socket.gethostname(),
+                                   "pid": victim.pid, "token": "dead",
+                                   "started": "2026-12-03T04:17:00+00:00",
+                                   }).encode())
+    done = ws.inv("backup")
+    summary(done)
+    assert f"took over a stale backup lock of {socket.gethostname()} " \
+        f"(pid {victim.pid})" in done.stderr
+
+
+def test_a_lock_is_stale_after_15_minutes_or_when_its_local_run_died():
+    from datetime import timedelta
+
+    from statekeeper.backup_lease import stale
+
+    elsewhere = {"host": "elsewhere", "pid": os.getpid()}
+    assert not stale(elsewhere, timedelta(minutes=14), host="here")
+    assert stale(elsewhere, timedelta(minutes=16), host="here")
+    mine = {"host": "here", "pid": os.getpid()}
+    assert not stale(mine, timedelta(seconds=5), host="here")
+    victim = subprocess.Popen(["true"])
+    victim.wait()
+    assert stale({"host": "here", "pid": victim.pid}, timedelta(seconds=5),
+                 host="here")
+
+
+def test_the_lock_is_renewed_and_a_run_that_lost_it_stops(
+        s3, moto, monkeypatch):
+    """A run that stalls past the stale limit may see another take its
+    lock over; it must then not complete its snapshot."""
+    from statekeeper import backup_lease
+    from statekeeper.backup_store import S3Destination
+    from statekeeper.output import Report
+
+    monkeypatch.setattr(backup_lease, "RENEW_SECONDS", 0.2)
+    s3.create_bucket(Bucket=BACKUP_BUCKET)
+    lease = backup_lease.Lease(S3Destination(s3, BACKUP_BUCKET, "nightly"),
+                               Report())
+    assert lease.acquire(time.monotonic())
+    first = lease.etag
+    deadline = time.monotonic() + 10
+    while lease.etag == first and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert lease.etag != first, "the lock was never renewed"
+    lease.check()
+
+    s3.put_object(Bucket=BACKUP_BUCKET, Key="nightly/lock.json",
+                  Body=json.dumps({"host": "h2", "pid": 7,
+                                   "token": "taker"}).encode())
+    while not lease.lost and time.monotonic() < deadline + 10:
+        time.sleep(0.05)
+    with pytest.raises(backup_lease.Busy, match="lost its lock"):
+        lease.check()
+    lease.release()
+    taker = s3.get_object(Bucket=BACKUP_BUCKET, Key="nightly/lock.json")
+    assert json.loads(taker["Body"].read())["token"] == "taker"

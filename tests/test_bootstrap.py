@@ -8,6 +8,7 @@ import json
 import shutil
 
 import pytest
+from conftest import assert_clean_failure
 
 from statekeeper import bucket as hardening
 
@@ -255,3 +256,33 @@ def test_a_setting_the_store_lacks_is_reported_unsupported(ws, s3, project,
     assert bucket_configuration(s3)["versioning"] == "Enabled"
     assert again.returncode == 0
     assert "repaired" not in again.stdout
+
+
+@pytest.mark.parametrize("refusal", ["head", "create"])
+def test_a_bucket_name_taken_by_another_account_is_refused(
+        ws, s3, project, moto, refusal):
+    """What AWS answers for a name another account owns: 403 to HEAD, or
+    409 BucketAlreadyExists to CreateBucket when HEAD says 404.  A proxy
+    answers so; moto alone has one account and no such buckets."""
+    from fault_proxy import FaultProxy
+
+    if refusal == "head":
+        fault = {"status": 403, "code": "AccessDenied",
+                 "match": lambda method, path: method == "HEAD"
+                 and path.rstrip("/") == f"/{BUCKET}"}
+    else:
+        fault = {"status": 409, "code": "BucketAlreadyExists",
+                 "match": lambda method, path: method == "PUT"
+                 and path.rstrip("/") == f"/{BUCKET}"}
+    before = sorted(p.name for p in project.iterdir())
+    with FaultProxy(moto.endpoint, failures=10**6, **fault) as store:
+        ws.env["AWS_ENDPOINT_URL"] = store.endpoint
+        done = ws.inv("bootstrap")
+        assert store.refused >= 1
+
+    line = assert_clean_failure(done, f"bucket name '{BUCKET}' belongs to "
+                                "another AWS account", "choose another "
+                                "STATE_BUCKET")
+    assert ("may not list it" in line) == (refusal == "head")
+    assert BUCKET not in [b["Name"] for b in s3.list_buckets()["Buckets"]]
+    assert sorted(p.name for p in project.iterdir()) == before
