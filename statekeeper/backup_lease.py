@@ -11,8 +11,10 @@ Two locks, taken in order:
   clock), or held by a dead process of this host, is taken over with
   ``If-Match`` so only one taker wins.
 
-Local directories get the flock only.  Stores that do not implement
-conditional writes get the flock only, and the run says so.
+Local directories get the flock only.  Stores that answer conditional
+writes with 501 get the flock only, and the run says so; a store that
+ignored the condition headers silently would get no cross-host protection
+(AWS, SeaweedFS, MinIO and moto all honour them).
 """
 
 from __future__ import annotations
@@ -166,8 +168,7 @@ class Lease:
                 if aws.error_code(exc) not in CONFLICT_CODES:
                     raise
             else:
-                if self._still_mine():
-                    break
+                break
             found = self._read()
             if found is None:
                 continue  # released in between: try again at once
@@ -179,13 +180,11 @@ class Lease:
                     if aws.error_code(exc) not in CONFLICT_CODES:
                         raise
                     continue  # another run took it over first
-                if self._still_mine():
-                    self.report.warn(
-                        "took over a stale backup lock of "
-                        f"{holder.get('host', '?')} (pid "
-                        f"{holder.get('pid', '?')})")
-                    break
-                continue
+                self.report.warn(
+                    "took over a stale backup lock of "
+                    f"{holder.get('host', '?')} (pid "
+                    f"{holder.get('pid', '?')})")
+                break
             if time.monotonic() >= deadline:
                 raise _busy(self.destination.url,
                             f"host {holder.get('host', '?')}, pid "
@@ -195,13 +194,6 @@ class Lease:
         self._renewer = threading.Thread(target=self._renew, daemon=True)
         self._renewer.start()
         return True
-
-    def _still_mine(self) -> bool:
-        """Read the lease back: a store that ignores the condition lets a
-        racing run overwrite it, and then the later writer keeps it."""
-        found = self._read()
-        return found is not None and \
-            found[0].get("token") == self.me["token"]
 
     def _renew(self) -> None:
         while not self._stop.wait(RENEW_SECONDS):
@@ -238,10 +230,9 @@ class Lease:
             self._renewer.join(timeout=5)
         if self.lost or self.etag is None:
             return
-        try:
-            if self._still_mine():
-                self._client.delete_object(Bucket=self.destination.bucket,
-                                           Key=self.key)
+        try:  # still ours: a takeover would have been seen as lost
+            self._client.delete_object(Bucket=self.destination.bucket,
+                                       Key=self.key)
         except (bx.ClientError, bx.BotoCoreError) as exc:
             self.report.warn(
                 f"could not remove {self.destination.url}{LEASE} "
