@@ -60,6 +60,28 @@ def settings(stack=None, project=None, **variables):
     return loaded
 
 
+def number(value, flag, default, *, cast=int, minimum=0):
+    """A numeric flag's value, or ``default`` when it is not given.
+
+    Numeric flags default to None so that invoke hands over their text:
+    invoke itself answers text that is not a number with a traceback.
+    """
+    from statekeeper.errors import ConfigError
+
+    if value is None:
+        return default
+    try:
+        parsed = cast(value)
+    except ValueError:
+        parsed = None
+    if parsed is None or not parsed >= minimum:  # NaN fails this too
+        kind = "whole number" if cast is int else "number"
+        raise Exit(f"error: {flag} '{value}' is not a {kind} of at least "
+                   f"{minimum}; pass one, or leave {flag} out for the "
+                   "default", code=ConfigError.exit_code)
+    return parsed
+
+
 def check_code(code):
     """Exit with ``code`` (already explained on the output) unless 0."""
     if code:
@@ -75,11 +97,11 @@ PROJECT_HELP = "Pulumi project directory (default: stacks/)"
 
 @cli("sandbox", name="up", help={"port": "port on 127.0.0.1 (default 5000 "
                                          "or a free one)"})
-def sandbox_up(c, port=0):
+def sandbox_up(c, port=None):
     """Start the local AWS emulator (moto) and point every task at it."""
     from statekeeper import sandbox
 
-    endpoint, started = sandbox.up(WORKSPACE, int(port))
+    endpoint, started = sandbox.up(WORKSPACE, number(port, "--port", 0))
     state = "started" if started else "already running"
     print(f"sandbox {state} at {endpoint}; every task now uses it "
           "(inv sandbox.down stops it)")
@@ -271,14 +293,16 @@ DEST_HELP = "s3://BUCKET/PREFIX or a directory (default BACKUP_DEST)"
     "threads": "parallel copies (default 32)",
     "wait": "seconds to wait for a running backup (default 0: exit 75)",
 })
-def backup_run(c, to=None, dry_run=False, exports=False, threads=32,
-               wait=0):
+def backup_run(c, to=None, dry_run=False, exports=False, threads=None,
+               wait=None):
     """Snapshot the whole state backend, then apply retention."""
     from statekeeper import backup
 
     check_code(backup.run(settings(), to=to, dry_run=dry_run,
-                          exports=exports, threads=int(threads),
-                          wait=float(wait)))
+                          exports=exports,
+                          threads=number(threads, "--threads", 32,
+                                         minimum=1),
+                          wait=number(wait, "--wait", 0, cast=float)))
 
 
 @cli("backup", name="list", help={"source": DEST_HELP,
@@ -320,11 +344,12 @@ def restore(c, snapshot, stack=None, source=None, bucket=None, force=False):
 @cli("state", name="history", help={
     "stack": "stack name", "limit": "versions to show (default 20)",
     "json": "print the versions and updates as JSON"})
-def state_history(c, stack, limit=20, json=False):
+def state_history(c, stack, limit=None, json=False):
     """Show the versions of a stack's checkpoint and its updates."""
     from statekeeper import history
 
-    check_code(history.show(settings(), stack, limit=int(limit),
+    check_code(history.show(settings(), stack,
+                            limit=number(limit, "--limit", 20, minimum=1),
                             as_json=json))
 
 
@@ -344,12 +369,12 @@ def state_rollback(c, stack, to):
             "(default 20)",
     "stack": "only this stack (default: every stack)",
     "dry_run": "report what would be deleted; delete nothing"})
-def prune(c, keep=20, stack=None, dry_run=False):
+def prune(c, keep=None, stack=None, dry_run=False):
     """Delete old files from the backend's backups/ and history/."""
     from statekeeper import prune as work
 
-    check_code(work.run(settings(), keep=int(keep), stack=stack,
-                        dry_run=dry_run))
+    check_code(work.run(settings(), keep=number(keep, "--keep", 20),
+                        stack=stack, dry_run=dry_run))
 
 
 # --- migration, export/import, locks ------------------------------------

@@ -91,6 +91,16 @@ CASES = {
     "secrets provider of another kind": Case(
         {"PULUMI_SECRETS_PROVIDER": "hashivault://x"}, ("bootstrap",),
         ("PULUMI_SECRETS_PROVIDER 'hashivault://x' is not supported",)),
+    "thread count that is not a number": Case(
+        {}, ("backup", "--threads", "many"),
+        ("--threads 'many' is not a whole number of at least 1",
+         "leave --threads out for the default")),
+    "wait that is not a number": Case(
+        {}, ("backup", "--wait", "nan"),
+        ("--wait 'nan' is not a number of at least 0",)),
+    "negative keep count": Case(
+        {}, ("prune", "--keep", "-3"),
+        ("--keep '-3' is not a whole number of at least 0",)),
 }
 
 
