@@ -338,25 +338,31 @@ class S3Destination(Destination):
                 listed_etag: str, size: int) -> Copied:
         if self.copy_checksums is False and size <= RELAY_LIMIT:
             return self._relay(client, bucket, key, path, listed_etag)
-        done = client.copy_object(
-            Bucket=self.bucket, Key=self._key(path),
-            CopySource={"Bucket": bucket, "Key": key},
-            ChecksumAlgorithm="SHA256",
-        )
-        result = done.get("CopyObjectResult", {})
-        new_etag = etag(result.get("ETag")) or listed_etag
-        checksum = result.get("ChecksumSHA256")
+        if self.direct is not None:
+            done = self.direct.copy(self.bucket, self._key(path), bucket,
+                                    key)
+            new_etag, checksum, version = (done.etag, done.sha256,
+                                           done.source_version_id)
+        else:
+            answer = client.copy_object(
+                Bucket=self.bucket, Key=self._key(path),
+                CopySource={"Bucket": bucket, "Key": key},
+                ChecksumAlgorithm="SHA256",
+            )
+            result = answer.get("CopyObjectResult", {})
+            new_etag, checksum, version = (
+                result.get("ETag"), result.get("ChecksumSHA256"),
+                answer.get("CopySourceVersionId"))
+        new_etag = etag(new_etag) or listed_etag
         if checksum and new_etag == listed_etag:
             self.copy_checksums = True
-            return Copied(new_etag, _b64_to_hex(checksum),
-                          done.get("CopySourceVersionId"), size)
+            return Copied(new_etag, _b64_to_hex(checksum), version, size)
         if not checksum:
             self.copy_checksums = False
         # The store gave no SHA-256, or the object changed after the
         # listing: hash the copy itself, which is what a restore returns.
         digest, real_size = sha256_of(self.read_chunks(path))
-        return Copied(new_etag, digest, done.get("CopySourceVersionId"),
-                      real_size)
+        return Copied(new_etag, digest, version, real_size)
 
     def _relay(self, client: Any, bucket: str, key: str, path: str,
                listed_etag: str) -> Copied:

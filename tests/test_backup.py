@@ -215,6 +215,34 @@ def test_throttling_is_retried(ws, s3, state, moto):
     assert ws.inv("backup.verify", snap).returncode == 0
 
 
+def test_a_copy_that_fails_after_answering_200_is_retried(
+        ws, s3, state, moto):
+    """S3 may answer a CopyObject 200 and then put the error in the body:
+    such a copy is tried again, not taken for a copy without a SHA-256
+    (which would send the rest of the run down the slower relay path)."""
+    copies, relays = [], []
+
+    def fail_three_copies(headers, body: bytes) -> bytes:
+        if headers.get("x-amz-checksum-sha256"):
+            relays.append(headers)
+        elif "x-amz-copy-source" in headers:
+            copies.append(headers["x-amz-copy-source"])
+            if len(copies) <= 3:
+                return (b'<?xml version="1.0" encoding="UTF-8"?>\n'
+                        b"<Error><Code>InternalError</Code><Message>We "
+                        b"encountered an internal error.</Message></Error>")
+        return body
+
+    with FaultProxy(moto.endpoint, failures=0,
+                    rewrite=fail_three_copies) as proxy:
+        done = ws.inv("backup",
+                      env=dict(ws.env, AWS_ENDPOINT_URL=proxy.endpoint))
+    snap, objects, copied = summary(done)
+    assert (objects, copied) == (42, 42)
+    assert (len(copies), len(relays)) == (45, 0)
+    assert ws.inv("backup.verify", snap).returncode == 0
+
+
 def test_overlapping_runs_never_corrupt_a_snapshot(ws, s3, state):
     seed(s3, state, 200, prefix=".pulumi/history/more/s")
     command = [str(VENV_BIN / "inv"), "--search-root", str(ws.root),
@@ -404,21 +432,26 @@ def test_keys_that_need_escaping_are_signed_and_copied_intact(
     try:
         with FaultProxy(moto.endpoint, failures=0,
                         rewrite=_without_copy_checksums) as proxy:
-            to_bucket = ws.inv(
+            relayed = ws.inv(
                 "backup", env=dict(ws.env, AWS_ENDPOINT_URL=proxy.endpoint))
+        copied_in_store = ws.inv("backup", "--to",
+                                 f"s3://{BACKUP_BUCKET}/copies")
         to_dir = ws.inv("backup", "--to", str(tmp_path / "dir"))
     finally:
         moto.relax_iam()
 
-    bucket_snap, objects, copied = summary(to_bucket)
+    relayed_snap, objects, copied = summary(relayed)
+    assert (objects, copied) == (46, 46)
+    copied_snap, objects, copied = summary(copied_in_store)
     assert (objects, copied) == (46, 46)
     dir_snap, objects, copied = summary(to_dir)
     assert (objects, copied) == (46, 46)
     for key in ODD_KEYS:
         relative = key.removeprefix(".pulumi/")
-        stored = s3.get_object(Bucket=BACKUP_BUCKET,
-                               Key=f"nightly/data/{bucket_snap}/{relative}")
-        assert stored["Body"].read() == key.encode()
+        for stored in (f"nightly/data/{relayed_snap}/{relative}",
+                       f"copies/data/{copied_snap}/{relative}"):
+            body = s3.get_object(Bucket=BACKUP_BUCKET, Key=stored)["Body"]
+            assert body.read() == key.encode()
         local = tmp_path / "dir" / "data" / dir_snap / relative
         assert local.read_bytes() == key.encode()
 
