@@ -76,9 +76,9 @@ def number(value, flag, default, *, cast=int, minimum=0):
         parsed = None
     if parsed is None or not parsed >= minimum:  # NaN fails this too
         kind = "whole number" if cast is int else "number"
-        raise Exit(f"error: {flag} '{value}' is not a {kind} of at least "
-                   f"{minimum}; pass one, or leave {flag} out for the "
-                   "default", code=ConfigError.exit_code)
+        raise ConfigError(f"{flag} '{value}' is not a {kind} of at least "
+                          f"{minimum}", f"pass one, or leave {flag} out "
+                          "for the default")
     return parsed
 
 
